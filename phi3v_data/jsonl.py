@@ -75,6 +75,8 @@ def _split_lines(file: IO[bytes], max_line_bytes: int) -> Iterator[Line | LinePr
         if first:
             block = block.removeprefix(BOM)
             first = False
+        # One scan of the block decides whether any line in it needs the careful path.
+        plain = b"\x00" not in block and b"\r" not in block
         pieces = block.split(b"\n")
         for piece in pieces[:-1]:
             number += 1
@@ -82,11 +84,19 @@ def _split_lines(file: IO[bytes], max_line_bytes: int) -> Iterator[Line | LinePr
                 skipping = False
                 yield _too_long(number, max_line_bytes)
                 continue
-            data = pending + piece if pending else piece
-            pending = b""
-            item = _classify(number, data, max_line_bytes)
-            if item is not None:
-                yield item
+            if pending:
+                piece = pending + piece
+                pending = b""
+                item = _classify(number, piece, max_line_bytes)
+                if item is not None:
+                    yield item
+            elif plain and piece and len(piece) <= max_line_bytes:
+                if not piece.isspace():
+                    yield Line(number, piece)
+            else:
+                item = _classify(number, piece, max_line_bytes)
+                if item is not None:
+                    yield item
         tail = pieces[-1]
         if skipping:
             continue

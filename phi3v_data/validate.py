@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from phi3v_data.errors import describe_validation_error
-from phi3v_data.jsonl import MAX_LINE_BYTES, LineProblem, iter_lines
+from phi3v_data.jsonl import MAX_LINE_BYTES, Line, LineProblem, iter_lines
 from phi3v_data.layout import ImageResolver, images_root_for
 from phi3v_data.lengths import TextTokenCounter, text_token_counter
 from phi3v_data.media import ImageInfo, ImageProblem, probe_image
@@ -191,7 +191,7 @@ def validate(
         exact_lengths=bool(counter and counter.exact),
     )
     for path in paths:
-        _validate_file(
+        checker = _FileChecker(
             Path(path),
             report,
             images_root=Path(images_root) if images_root else None,
@@ -200,113 +200,140 @@ def validate(
             counter=counter,
             max_line_bytes=max_line_bytes,
         )
+        report.files.append(checker.run())
     return report
 
 
-def _validate_file(
-    path: Path,
-    report: Report,
-    *,
-    images_root: Path | None,
-    check_images: bool,
-    decode: bool,
-    counter: TextTokenCounter | None,
-    max_line_bytes: int,
-) -> None:
-    root = images_root or images_root_for(path)
-    summary = FileReport(str(path), str(root))
-    report.files.append(summary)
-    file_name = str(path)
-    errors_before = len(report.errors)
+class _FileChecker:
+    """All checks of one file; problems go straight into the shared report."""
 
-    def error(kind: str, line: int | None, sample_id: str | None, fld: str | None, msg: str):
-        report.errors.append(Problem(kind, file_name, line, sample_id, fld, msg))
+    def __init__(
+        self,
+        path: Path,
+        report: Report,
+        *,
+        images_root: Path | None,
+        check_images: bool,
+        decode: bool,
+        counter: TextTokenCounter | None,
+        max_line_bytes: int,
+    ) -> None:
+        self.path = path
+        self.name = str(path)
+        self.report = report
+        self.counter = counter
+        self.max_line_bytes = max_line_bytes
+        root = images_root or images_root_for(path)
+        self.summary = FileReport(self.name, str(root))
+        self.seen_ids: dict[str, int] = {}
+        self.images: _ImageChecker | None = None
+        if check_images:
+            if root.is_dir():
+                self.images = _ImageChecker(root, decode, need_size=counter is not None)
+            else:
+                self.error("missing-image", None, None, None, f"images folder not found: {root}")
 
-    images: _ImageChecker | None = None
-    if check_images:
-        if root.is_dir():
-            images = _ImageChecker(root, decode, need_size=counter is not None)
-        else:
-            error("missing-image", None, None, None, f"images folder not found: {root}")
+    def error(
+        self, kind: str, line: int | None, sample_id: str | None, fld: str | None, message: str
+    ) -> None:
+        self.report.errors.append(Problem(kind, self.name, line, sample_id, fld, message))
+        self.summary.errors += 1
 
-    seen_ids: dict[str, int] = {}
-    for item in _lines_or_read_error(path, max_line_bytes, error):
-        summary.samples += 1
-        if isinstance(item, LineProblem):
-            error("line", item.number, None, None, item.message)
-            continue
+    def run(self) -> FileReport:
+        validate_json = Sample.__pydantic_validator__.validate_json
+        samples = valid = 0
         try:
-            sample = Sample.model_validate_json(item.data)
-        except ValidationError as exc:
-            sample_id = _best_effort_id(item.data)
-            for described in describe_validation_error(exc):
-                error(described.kind, item.number, sample_id, described.field, described.message)
-            continue
+            for item in iter_lines(self.path, max_line_bytes=self.max_line_bytes):
+                samples += 1
+                if isinstance(item, LineProblem):
+                    self.error("line", item.number, None, None, item.message)
+                    continue
+                try:
+                    sample = validate_json(item.data)
+                except ValidationError as exc:
+                    self.schema_errors(item, exc)
+                    continue
+                valid += self.check_sample(sample, item.number)
+        except OSError as exc:
+            self.error("file", None, None, None, f"cannot read file: {exc.strerror or exc}")
+        self.summary.samples, self.summary.valid = samples, valid
+        return self.summary
+
+    def schema_errors(self, item: Line, exc: ValidationError) -> None:
+        sample_id = _best_effort_id(item.data)
+        for described in describe_validation_error(exc):
+            self.error(described.kind, item.number, sample_id, described.field, described.message)
+
+    def check_sample(self, sample: Sample, line: int) -> bool:
+        """Checks beyond the schema; True when the sample has no error."""
         clean = True
-        first = seen_ids.setdefault(sample.id, item.number)
-        if first != item.number:
-            error("duplicate-id", item.number, sample.id, "id", f"id also used on line {first}")
+        first = self.seen_ids.setdefault(sample.id, line)
+        if first != line:
+            self.error("duplicate-id", line, sample.id, "id", f"id also used on line {first}")
             clean = False
-        sizes: list[ImageInfo | None] = []
-        if images is not None:
-            for t, turn in enumerate(sample.conversations):
-                for i, relative in enumerate(turn.images):
-                    kind, message, info = images.check(relative)
-                    if kind is not None:
-                        fld = f"conversations[{t}].images[{i}]"
-                        error(kind, item.number, sample.id, fld, message or "")
-                        clean = False
-                    sizes.append(info)
-        unlabeled = (sample.meta or {}).get("labeled") is False
-        if not sample.conversations[-1].assistant and not unlabeled:
-            report.warnings.append(
+        last = sample.conversations[-1]
+        if not last.assistant and (sample.meta or {}).get("labeled") is not False:
+            self.report.warnings.append(
                 Problem(
                     "empty-answer",
-                    file_name,
-                    item.number,
+                    self.name,
+                    line,
                     sample.id,
                     f"conversations[{len(sample.conversations) - 1}].assistant",
                     "empty assistant answer; mark unlabeled samples with meta.labeled: false",
                 )
             )
-        if clean:
-            summary.valid += 1
-        if counter is not None and images is not None:
-            _measure(sample, item.number, sizes, counter, report, file_name, error)
-    summary.errors = len(report.errors) - errors_before
+        if self.images is not None:
+            sizes = self.check_images(sample, line)
+            clean = clean and sizes is not None
+            if self.counter is not None and sizes is not None:
+                clean = self.measure(sample, line, sizes) and clean
+        return clean
 
+    def check_images(self, sample: Sample, line: int) -> list[ImageInfo | None] | None:
+        """Infos of the sample's images in order, or None when any of them has a problem."""
+        assert self.images is not None
+        infos: list[ImageInfo | None] = []
+        broken = False
+        for t, turn in enumerate(sample.conversations):
+            for i, relative in enumerate(turn.images):
+                kind, message, info = self.images.check(relative)
+                if kind is not None:
+                    fld = f"conversations[{t}].images[{i}]"
+                    self.error(kind, line, sample.id, fld, message or "")
+                    broken = True
+                infos.append(info)
+        return None if broken else infos
 
-def _measure(sample, line, sizes, counter, report, file_name, error) -> None:
-    image_tokens = 0
-    for index, info in enumerate(sizes):
-        if info is None:
-            return
-        try:
-            image_tokens += num_image_tokens(info.width, info.height, report.num_crops)
-        except ValueError as exc:
-            error("bad-image", line, sample.id, f"images[{index}]", str(exc))
-            return
-    length = SampleLength(
-        file_name, line, sample.id, len(sizes), image_tokens, counter.count(sample)
-    )
-    report.lengths.append(length)
-    if report.max_length is not None and length.total > report.max_length:
-        kind = "exact" if counter.exact else "estimated"
-        error(
-            "overflow",
-            line,
-            sample.id,
-            None,
-            f"{length.total:,} tokens ({kind}: {image_tokens:,} image + "
-            f"{length.text_tokens:,} text) exceeds --max-length {report.max_length:,}",
+    def measure(self, sample: Sample, line: int, infos: list[ImageInfo | None]) -> bool:
+        """Record the sample's token length; False when it overflows or cannot be sized."""
+        assert self.counter is not None and self.report.lengths is not None
+        num_crops = self.report.num_crops or 0
+        image_tokens = 0
+        for index, info in enumerate(infos):
+            assert info is not None
+            try:
+                image_tokens += num_image_tokens(info.width, info.height, num_crops)
+            except ValueError as exc:
+                self.error("bad-image", line, sample.id, f"images[{index}]", str(exc))
+                return False
+        length = SampleLength(
+            self.name, line, sample.id, len(infos), image_tokens, self.counter.count(sample)
         )
-
-
-def _lines_or_read_error(path: Path, max_line_bytes: int, error) -> Iterator[Any]:
-    try:
-        yield from iter_lines(path, max_line_bytes=max_line_bytes)
-    except OSError as exc:
-        error("file", None, None, None, f"cannot read file: {exc.strerror or exc}")
+        self.report.lengths.append(length)
+        limit = self.report.max_length
+        if limit is not None and length.total > limit:
+            how = "exact" if self.counter.exact else "estimated"
+            self.error(
+                "overflow",
+                line,
+                sample.id,
+                None,
+                f"{length.total:,} tokens ({how}: {image_tokens:,} image + "
+                f"{length.text_tokens:,} text) exceeds --max-length {limit:,}",
+            )
+            return False
+        return True
 
 
 def _best_effort_id(data: bytes) -> str | None:
