@@ -1,0 +1,107 @@
+"""What a converter is: it knows one raw format; the engine knows the work.
+
+A converter lists its raw items cheaply in the main process (:meth:`Converter.plan`) and
+turns one item into turns and meta in a worker (:meth:`Converter.build`), writing images
+through the :class:`~phi3v_data.media.MediaWriter` it is handed. Everything else —
+parallelism, ids, resume, atomic output, the skip report, the manifest — is the
+engine's. A new dataset is one small module that subclasses :class:`Converter` and is
+decorated with :func:`phi3v_data.registry.register`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from phi3v_data.media import MediaWriter
+from phi3v_data.schema import Turn
+
+
+class ConverterOptions(BaseModel):
+    """A converter's own options; each field becomes a ``--flag`` of ``phi3v-data convert``.
+
+    Field descriptions are the help texts. Options are part of the output's identity:
+    resuming with different values is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceError(ValueError):
+    """``--src`` is not a layout this converter reads; the message says what was expected."""
+
+
+class SkipItem(Exception):
+    """Raised by :meth:`Converter.build` to skip one raw item with a reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One raw item to convert: its split, where it came from, and what a worker needs.
+
+    ``origin`` names the raw item for people (a file, ``file:line``, or an id) and goes into
+    the skip report; ``payload`` must be small and picklable (paths and ids, not pixels).
+    """
+
+    split: str
+    origin: str
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A raw item the plan already knows is unusable (a malformed record, say)."""
+
+    split: str
+    origin: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Built:
+    """What :meth:`Converter.build` returns for one item."""
+
+    conversations: list[Turn]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Converter(ABC):
+    """Base class of every converter. Subclasses set ``name``, ``summary`` and ``Options``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[ConverterOptions]] = ConverterOptions
+    requires_src: ClassVar[bool] = True
+
+    def __init__(self, src: Path | None, options: ConverterOptions) -> None:
+        self.src = src
+        self.options = options
+
+    @property
+    def dataset_name(self) -> str:
+        """Prefix of the output files, ``<dataset_name>_<split>.jsonl``."""
+        return self.name
+
+    def prepare(self) -> None:
+        """Check (or fetch) the source in the main process before planning.
+
+        Raise :class:`SourceError` naming the expected layout when ``src`` is not one.
+        """
+        if self.src is None and self.requires_src:
+            raise SourceError(f"{self.name} needs --src")
+        if self.src is not None and not self.src.exists():
+            raise SourceError(f"--src {self.src} does not exist")
+
+    @abstractmethod
+    def plan(self) -> Iterable[Item | Skip]:
+        """Every raw item in a deterministic order (resume relies on it)."""
+
+    @abstractmethod
+    def build(self, item: Item, media: MediaWriter) -> Built:
+        """Convert one item; raise :class:`SkipItem` (or let an ImageProblem/VideoError or
+        OSError escape) to skip it with a reason."""
