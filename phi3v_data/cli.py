@@ -15,6 +15,7 @@ import click
 import orjson
 
 from phi3v_data import __version__
+from phi3v_data.convert_cli import convert_command
 from phi3v_data.jsonl import atomic_writer
 from phi3v_data.lengths import TokenizerError
 from phi3v_data.schema import json_schema
@@ -40,6 +41,9 @@ output_format = click.option(
 @click.version_option(__version__, prog_name="phi3v-data")
 def main() -> None:
     """Convert, check and inspect Phi-3.5-vision fine-tuning data."""
+
+
+main.add_command(convert_command)
 
 
 @main.command("validate")

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from phi3v_data.errors import describe_validation_error
 from phi3v_data.jsonl import MAX_LINE_BYTES, Line, LineProblem, iter_lines
-from phi3v_data.layout import ImageResolver, images_root_for
+from phi3v_data.layout import SKIPPED, ImageResolver, images_root_for
 from phi3v_data.lengths import TextTokenCounter, text_token_counter
 from phi3v_data.media import ImageInfo, ImageProblem, probe_image
 from phi3v_data.schema import Sample
@@ -240,6 +240,16 @@ class _FileChecker:
         self.summary.errors += 1
 
     def run(self) -> FileReport:
+        if self.path.name == SKIPPED:
+            self.error(
+                "file",
+                None,
+                None,
+                None,
+                "this is the skip report of 'phi3v-data "
+                "convert', not a dataset file; validate the <name>_<split>.jsonl files",
+            )
+            return self.summary
         validate_json = Sample.__pydantic_validator__.validate_json
         samples = valid = 0
         try:
