@@ -68,7 +68,7 @@ def load_plugin(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise RegistryError(f"plugin file not found: {path}")
-    before = set(_REGISTRY)
+    before = dict(_REGISTRY)
     spec = importlib.util.spec_from_file_location(f"phi3v_plugin_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise RegistryError(f"cannot import plugin {path}")
@@ -78,7 +78,7 @@ def load_plugin(path: str | Path) -> list[str]:
         spec.loader.exec_module(module)
     except Exception as error:
         raise RegistryError(f"plugin {path} failed to import: {error}") from None
-    added = sorted(set(_REGISTRY) - before)
+    added = sorted(n for n, c in _REGISTRY.items() if before.get(n) is not c)
     if not added:
         raise RegistryError(f"plugin {path} registered no converter (use @register)")
     return added
