@@ -102,6 +102,9 @@ def _command_for(name: str) -> click.Command:
             manifest = convert(name, progress=progress, **engine, **values)
         except (ConvertError, SourceError, RegistryError) as error:
             raise click.UsageError(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: run the same command again to resume", err=True)
+            sys.exit(130)
         _print_summary(manifest, engine["out_dir"])
         sys.exit(EXIT_SKIPPED if manifest["skipped"] else 0)
 
