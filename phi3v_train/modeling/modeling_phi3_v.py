@@ -84,7 +84,14 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         self.rotary_emb = Phi3RotaryEmbedding(config=config)
         self.gradient_checkpointing = False
         self.post_init()
-        # layers after the selected CLIP layer are kept for the checkpoint but never run
+        self.freeze_unused_parameters()
+
+    def freeze_unused_parameters(self) -> None:
+        """Freeze the CLIP layers after the selected one and ``post_layernorm``.
+
+        They are kept so the state dict matches the checkpoint, but never run; frozen, they
+        get no gradient, no optimizer state, and DDP does not see unused parameters.
+        """
         for parameter in self.vision_embed_tokens.unused_parameters():
             parameter.requires_grad_(False)
 
@@ -168,9 +175,11 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, Phi3ForCausalLM):
         kwargs.setdefault("attn_implementation", "sdpa")
         if "key_mapping" not in kwargs and _only_has_wte_alias(pretrained_model_name_or_path):
             kwargs["key_mapping"] = {r"^model\.vision_embed_tokens\.wte\.weight$": EMBED_TOKENS}
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info
+        model.model.freeze_unused_parameters()
         model._set_generation_defaults()
-        return model
+        return loaded
 
     def unused_parameters(self) -> list[nn.Parameter]:
         """Checkpoint parameters that no forward pass uses (the last CLIP layer, post-LN)."""
