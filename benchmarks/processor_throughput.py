@@ -65,7 +65,8 @@ def synthetic_page(width: int, height: int) -> Image.Image:
         x = 80
         while x < width - 120:
             word = int(rng.integers(20, 110))
-            draw.rectangle([x, y, x + word, y + 12], fill=tuple(int(v) for v in rng.integers(0, 90, 3)))
+            ink = tuple(int(v) for v in rng.integers(0, 90, 3))
+            draw.rectangle([x, y, x + word, y + 12], fill=ink)
             x += word + 14
     gradient = np.linspace(0, 255, width // 2, dtype=np.uint8)[None, :, None]
     block = np.repeat(np.repeat(gradient, height // 4, axis=0), 3, axis=2)
