@@ -39,7 +39,9 @@ def image_tag_problem(text: str, num_images: int) -> str | None:
     """Why the ``<|image_N|>`` tags in a user text do not fit ``num_images`` images, or None.
 
     Text without tags is fine: the trainer puts ``<|image_1|>..<|image_n|>`` in front of it.
-    Text with tags must number them 1..n, each once, as many as the turn has images.
+    Text with tags must have ``<|image_1|>..<|image_n|>`` in that order, each once, one per
+    image: the model fills the k-th run of image tokens with the k-th image whatever the
+    tag's number, so out-of-order tags would silently swap pictures.
     """
     if LLAVA_TAG.search(text):
         return (
@@ -52,9 +54,12 @@ def image_tag_problem(text: str, num_images: int) -> str | None:
         return None
     if len(numbers) != num_images:
         return f"text has {len(numbers)} <|image_N|> tag(s) but the turn has {num_images} image(s)"
-    if sorted(numbers) != list(range(1, num_images + 1)):
+    if numbers != list(range(1, num_images + 1)):
         tags = ", ".join(f"<|image_{n}|>" for n in numbers)
-        return f"image tags must be <|image_1|>..<|image_{num_images}|>, each once; found {tags}"
+        return (
+            f"image tags must be <|image_1|>..<|image_{num_images}|> in order, each once; "
+            f"found {tags}"
+        )
     return None
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tokenizers import Tokenizer
 
+from phi3v_data.prompt import turn_prompt, turn_response
 from phi3v_data.tokens import CROP_SIZE, hd_size, num_image_tokens
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -417,25 +418,28 @@ class Phi3VProcessor:
     # -- chat ----------------------------------------------------------------------------------
 
     @staticmethod
-    def user_prompt(turn: ChatTurn, first_image: int = 1) -> str:
-        """``<|user|>`` message of a turn, ready for the assistant's answer (Cookbook format)."""
-        tags = "".join(f"<|image_{first_image + k}|>" for k in range(len(turn.images)))
-        content = f"{tags}\n{turn.user}" if tags else turn.user
-        return f"<|user|>\n{content}<|end|>\n<|assistant|>\n"
+    def user_prompt(turn: ChatTurn) -> str:
+        """``<|user|>`` message of a turn, ready for the assistant's answer (Cookbook format).
+
+        The text comes from :mod:`phi3v_data.prompt`, the same function ``phi3v-data
+        validate`` counts exact lengths with: tags go in front of the user text unless the
+        text places its own ``<|image_1|>..<|image_n|>``.
+        """
+        return turn_prompt(turn.user, len(turn.images))
 
     @staticmethod
     def response_text(turn: ChatTurn) -> str:
         """The labelled part of a turn: the answer, ``<|end|>``, a newline and end-of-text."""
-        return f"{turn.assistant}<|end|>\n<|endoftext|>"
+        return turn_response(turn.assistant or "")
 
     def _check_turn_text(self, turns: Sequence[ChatTurn], sample_id: str | None) -> None:
         for t, turn in enumerate(turns):
-            for name, text in (("user", turn.user), ("assistant", turn.assistant or "")):
-                if IMAGE_TAG.search(text):
-                    raise ImageTagError(
-                        f"{_where(sample_id)}turn {t + 1} {name} text contains an image tag "
-                        f"{IMAGE_TAG.search(text).group(0)}; tags are added from the turn's images"
-                    )
+            found = IMAGE_TAG.search(turn.assistant or "")
+            if found:
+                raise ImageTagError(
+                    f"{_where(sample_id)}turn {t + 1} assistant text contains the image tag "
+                    f"{found.group(0)}; image tags belong in the user text"
+                )
 
     def training_example(
         self, turns: Sequence[ChatTurn], sample_id: str | None = None

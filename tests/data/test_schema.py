@@ -77,7 +77,7 @@ def test_structure_errors(line, kind, field, message):
 @pytest.mark.parametrize(
     ("user", "images", "message"),
     [
-        ("<|image_2|>\nq", ["a.jpg"], "<|image_1|>..<|image_1|>, each once"),
+        ("<|image_2|>\nq", ["a.jpg"], "<|image_1|>..<|image_1|> in order, each once"),
         ("<|image_1|><|image_1|>\nq", ["a.jpg", "b.jpg"], "each once"),
         ("<|image_1|><|image_3|>\nq", ["a.jpg", "b.jpg"], "each once"),
         ("<|image_1|>\nq", ["a.jpg", "b.jpg"], "1 <|image_N|> tag(s) but the turn has 2 image(s)"),
@@ -97,12 +97,14 @@ def test_llava_error_names_the_fix():
     assert "phi3v-data convert llava" in message
 
 
-def test_tags_in_any_order_are_accepted_when_complete():
-    line = sample(user="Compare <|image_2|> with <|image_1|>.", images=["a.jpg", "b.jpg"])
+def test_tags_in_order_are_accepted_and_out_of_order_refused():
+    line = sample(user="Compare <|image_1|> with <|image_2|>.", images=["a.jpg", "b.jpg"])
     assert Sample.model_validate_json(orjson.dumps(line)).conversations[0].images == [
         "a.jpg",
         "b.jpg",
     ]
+    swapped = sample(user="Compare <|image_2|> with <|image_1|>.", images=["a.jpg", "b.jpg"])
+    assert "in order" in problems(swapped)[0][2]
 
 
 def test_image_tags_in_the_answer_are_errors():

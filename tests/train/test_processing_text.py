@@ -124,11 +124,24 @@ def test_training_example_follows_the_cookbook(processor):
     assert example["image_sizes"].tolist() == [[672, 672]]
 
 
-def test_turn_text_with_a_tag_is_rejected(processor):
-    with pytest.raises(ImageTagError, match=r"sample 'x'.*turn 1 user"):
+def test_tags_placed_in_the_user_text_stay_where_they_are(processor):
+    left, right = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (900, 300), "blue")
+    turn = ChatTurn(
+        user="Left <|image_1|> right <|image_2|>?", assistant="ok", images=[left, right]
+    )
+    example = processor.training_example([turn], sample_id="x")
+    prompt = processor("<|user|>\nLeft <|image_1|> right <|image_2|>?<|end|>\n<|assistant|>\n",
+                       [left, right])["input_ids"][0].tolist()  # fmt: skip
+    assert example["input_ids"].tolist()[: len(prompt)] == prompt
+
+
+def test_tag_without_its_image_or_in_the_answer_is_rejected(processor):
+    with pytest.raises(ImageTagError, match=r"sample 'x'.*<\|image_1\|> but 0 image"):
         processor.training_example(
             [ChatTurn(user="see <|image_1|>", assistant="ok")], sample_id="x"
         )
+    with pytest.raises(ImageTagError, match=r"sample 'y'.*turn 1 assistant"):
+        processor.training_example([ChatTurn(user="hi", assistant="<|image_1|>")], sample_id="y")
 
 
 def test_generation_inputs_end_with_the_assistant_tag(processor):
