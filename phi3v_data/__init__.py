@@ -6,6 +6,7 @@ JSONL reading and writing, ``validate``, ``stats`` and the image-token arithmeti
 
 from importlib.metadata import PackageNotFoundError, version
 
+from phi3v_data.engine import convert
 from phi3v_data.jsonl import JsonlError, read_jsonl, write_jsonl
 from phi3v_data.schema import Sample, Turn
 from phi3v_data.stats import stats
@@ -24,6 +25,7 @@ __all__ = [
     "Sample",
     "Turn",
     "__version__",
+    "convert",
     "hd_size",
     "num_image_tokens",
     "read_jsonl",

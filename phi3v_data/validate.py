@@ -19,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from phi3v_data.errors import describe_validation_error
-from phi3v_data.jsonl import MAX_LINE_BYTES, Line, LineProblem, iter_lines
+from phi3v_data.jsonl import MAX_LINE_BYTES, Line, LineProblem, iter_line_blocks
 from phi3v_data.layout import SKIPPED, ImageResolver, images_root_for
 from phi3v_data.lengths import TextTokenCounter, text_token_counter
 from phi3v_data.media import ImageInfo, ImageProblem, probe_image
@@ -252,18 +252,20 @@ class _FileChecker:
             return self.summary
         validate_json = Sample.__pydantic_validator__.validate_json
         samples = valid = 0
+        check_sample = self.check_sample
         try:
-            for item in iter_lines(self.path, max_line_bytes=self.max_line_bytes):
-                samples += 1
-                if isinstance(item, LineProblem):
-                    self.error("line", item.number, None, None, item.message)
-                    continue
-                try:
-                    sample = validate_json(item.data)
-                except ValidationError as exc:
-                    self.schema_errors(item, exc)
-                    continue
-                valid += self.check_sample(sample, item.number)
+            for block in iter_line_blocks(self.path, max_line_bytes=self.max_line_bytes):
+                samples += len(block)
+                for item in block:
+                    if type(item) is LineProblem:
+                        self.error("line", item.number, None, None, item.message)
+                        continue
+                    try:
+                        sample = validate_json(item.data)
+                    except ValidationError as exc:
+                        self.schema_errors(item, exc)
+                        continue
+                    valid += check_sample(sample, item.number)
         except OSError as exc:
             self.error("file", None, None, None, f"cannot read file: {exc.strerror or exc}")
         self.summary.samples, self.summary.valid = samples, valid
