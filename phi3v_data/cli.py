@@ -18,6 +18,7 @@ from phi3v_data import __version__
 from phi3v_data.convert_cli import convert_command
 from phi3v_data.jsonl import atomic_writer
 from phi3v_data.lengths import TokenizerError
+from phi3v_data.preview import write_preview
 from phi3v_data.schema import json_schema
 from phi3v_data.stats import stats as compute_stats
 from phi3v_data.validate import Report, length_summary, validate
@@ -220,3 +221,42 @@ def _print_stats(result: dict) -> None:
             "most common sizes: "
             + ", ".join(f"{k} ({v:,})" for k, v in images["most_common_sizes"].items())
         )
+
+
+@main.command("preview")
+@click.argument("file", type=existing_file)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write (self-contained; opens from disk).",
+)
+@click.option(
+    "-n", "count", type=click.IntRange(1), default=20, show_default=True, help="Samples to show."
+)
+@click.option(
+    "--random", "pick_random", is_flag=True, help="Pick samples at random instead of the first N."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random.")
+@click.option("--images-root", type=existing_dir, help="Default: images/ beside FILE.")
+@click.option(
+    "--thumb",
+    type=click.IntRange(16, 2048),
+    default=256,
+    show_default=True,
+    help="Thumbnail size in pixels (longest side).",
+)
+def preview_command(
+    file: Path,
+    out: Path,
+    count: int,
+    pick_random: bool,
+    seed: int,
+    images_root: Path | None,
+    thumb: int,
+) -> None:
+    """Write one HTML page showing samples of FILE (jsonl): images, turns and meta."""
+    written = write_preview(
+        file, out, n=count, random=pick_random, seed=seed, images_root=images_root, thumb=thumb
+    )
+    click.echo(f"wrote {written}")

@@ -7,6 +7,7 @@ allocating pixels.
 
 from __future__ import annotations
 
+import filecmp
 import io
 import os
 import shutil
@@ -202,7 +203,7 @@ class MediaWriter:
         if target.is_file():
             if self.link and os.path.samefile(source, target):
                 return
-            if not self.link and target.stat().st_size == source.stat().st_size:
+            if not self.link and filecmp.cmp(source, target, shallow=False):
                 return  # the same image from another item, or a resumed run
         temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         temp.unlink(missing_ok=True)
