@@ -146,7 +146,7 @@ class _Run:
                 else:
                     record = {"i": index, "split": entry.split, "origin": entry.origin}
                     _append(journal, {**record, "skip": entry.reason})
-            distribute = distributor_for(min(self.workers, max(1, len(tasks))))
+            distribute = distributor_for(min(self.workers, max(1, len(tasks))), len(tasks))
             results = distribute(
                 _build_in_worker,
                 tasks,
