@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict
 from phi3v_data.media import MediaWriter
 from phi3v_data.schema import Turn
 
+# Names that become part of output file names (``--name``, ``--split``): no separators, no
+# leading dot, nothing a shell or another OS would trip over.
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
 
 class ConverterOptions(BaseModel):
     """A converter's own options; each field becomes a ``--flag`` of ``phi3v-data convert``.

@@ -52,7 +52,8 @@ def field_name(loc: tuple[Any, ...]) -> str:
     return name
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """'a string', 'a number', ...: how a JSON value's type is named in messages."""
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
@@ -72,7 +73,7 @@ def _describe(item: dict[str, Any]) -> Described:
         detail = item.get("ctx", {}).get("error", item["msg"])
         return Described("json", "", f"invalid JSON: {detail}")
     if kind_of_error in ("model_type", "model_attributes_type", "dict_type") and not loc:
-        return Described("schema", "", f"a line must be a JSON object, got {_type_name(value)}")
+        return Described("schema", "", f"a line must be a JSON object, got {type_name(value)}")
     if kind_of_error == "missing":
         return Described("schema", field, f"missing required key {last!r}")
     if kind_of_error == "extra_forbidden":
@@ -92,11 +93,11 @@ def _describe(item: dict[str, Any]) -> Described:
             "schema", field, f"images must be a list of paths, got the string {value!r}"
         )
     if kind_of_error == "list_type":
-        return Described("schema", field, f"expected a list, got {_type_name(value)}")
+        return Described("schema", field, f"expected a list, got {type_name(value)}")
     if kind_of_error in ("string_type", "str_type"):
-        return Described("schema", field, f"expected a string, got {_type_name(value)}")
+        return Described("schema", field, f"expected a string, got {type_name(value)}")
     if kind_of_error in ("dict_type", "model_type", "model_attributes_type"):
-        return Described("schema", field, f"expected an object, got {_type_name(value)}")
+        return Described("schema", field, f"expected an object, got {type_name(value)}")
     if kind_of_error == "too_short" and last == "conversations":
         return Described("schema", field, "conversations must have at least one turn")
     if kind_of_error in ("too_short", "string_too_short"):

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from phi3v_data.converter import (
+    SAFE_NAME,
     Built,
     Converter,
     ConverterOptions,
@@ -67,7 +68,6 @@ QAS_FILES = {split: (f"{split}_v1.0_withQT.json", f"{split}_v1.0.json") for spli
 # Facts kept in meta, when the source has them, besides questionId and answers.
 META_KEYS = ("question_types", "docId", "ucsf_document_id", "ucsf_document_page_no")
 PARQUET_COLUMNS = ("questionId", "id", "question", "query", "image", "answers", *META_KEYS)
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 EXPECTED_LAYOUTS = (
     "expected one of: the RRC release (a folder with spdocvqa_qas/*.json and the page images in "
@@ -302,13 +302,13 @@ def _parquet_stem(record: dict[str, Any], path: str | None, data: bytes) -> str:
     candidates = [f"{ucsf}_{page}" if ucsf and page else None]
     if path:
         candidates.append(PurePosixPath(path.replace("\\", "/")).stem)
-    name = next((c for c in candidates if c and SAFE_NAME.match(c)), None)
+    name = next((c for c in candidates if c and re.match(SAFE_NAME, c)), None)
     return f"{IMAGES_PREFIX}/{name or hashlib.sha1(data).hexdigest()[:20]}"
 
 
 def _rrc_stem(record: dict[str, Any]) -> str:
     stem = PurePosixPath(record["image"].replace("\\", "/")).stem
-    if not SAFE_NAME.match(stem):
+    if not re.match(SAFE_NAME, stem):
         stem = hashlib.sha1(record["image"].encode()).hexdigest()[:20]
     return f"{IMAGES_PREFIX}/{stem}"
 

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from phi3v_data.converter import (
+    SAFE_NAME,
     Built,
     Converter,
     ConverterOptions,
@@ -51,7 +52,6 @@ SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "va
 SPLIT_ORDER = ("train", "val", "test")
 SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 EXPECTED_LAYOUTS = (
     "expected a .parquet file, a folder of .parquet files, a folder written by datasets' "
     "save_to_disk (state.json or dataset_dict.json with .arrow files), or a Hugging Face Hub "

@@ -38,6 +38,7 @@ import orjson
 from pydantic import Field
 
 from phi3v_data.converter import (
+    SAFE_NAME,
     Built,
     Converter,
     ConverterOptions,
@@ -46,13 +47,13 @@ from phi3v_data.converter import (
     SkipItem,
     SourceError,
 )
+from phi3v_data.errors import type_name
 from phi3v_data.jsonl import LineProblem, iter_lines
 from phi3v_data.media import MediaWriter
 from phi3v_data.registry import register
 from phi3v_data.schema import Turn
 
 SPLIT_NAMES = ("train", "val", "validation", "dev", "test")
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # becomes part of a file name
 ROLES = {
     "human": "user",
     "user": "user",
@@ -62,15 +63,6 @@ ROLES = {
 }
 IMAGE_TAG = re.compile(r"<image>")
 PEEK_BYTES = 1 << 20
-_TYPE_NAMES = {
-    str: "a string",
-    int: "a number",
-    float: "a number",
-    bool: "true/false",
-    list: "a list",
-    dict: "an object",
-    type(None): "null",
-}
 _WHITESPACE = re.compile(r"\s*")
 
 EXPECTED = (
@@ -307,7 +299,7 @@ def _origin(path: Path, raw: RawRecord) -> str:
 def plan_record(record: Any, folder: Path, origin: str) -> PlannedRecord:
     """Turns and meta of one LLaVA record; raises :class:`SkipItem` with the reason."""
     if not isinstance(record, dict):
-        raise SkipItem(f"a record must be a JSON object, got {_type_name(record)}")
+        raise SkipItem(f"a record must be a JSON object, got {type_name(record)}")
     if "video" in record:
         raise SkipItem("video records are not supported; extract frames and list them as images")
     if "conversations" not in record:
@@ -335,14 +327,14 @@ def _dialogue(conversations: Any) -> tuple[list[str], list[tuple[str, str]]]:
     for index, message in enumerate(conversations):
         where = f"conversations[{index}]"
         if not isinstance(message, dict):
-            raise SkipItem(f"{where} must be an object, got {_type_name(message)}")
+            raise SkipItem(f"{where} must be an object, got {type_name(message)}")
         speaker = message.get("from")
         role = ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
             raise SkipItem(f"{where}.from is {speaker!r}; expected human or gpt (or system)")
         value = message.get("value")
         if not isinstance(value, str):
-            raise SkipItem(f"{where}.value must be a string, got {_type_name(value)}")
+            raise SkipItem(f"{where}.value must be a string, got {type_name(value)}")
         if role == "system":
             if texts:
                 raise SkipItem(f"{where}: a system message after the conversation started")
@@ -371,7 +363,7 @@ def _image_paths(value: Any) -> list[str]:
         return []
     paths = [value] if isinstance(value, str) else value
     if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-        raise SkipItem(f"'image' must be a path or a list of paths, got {_type_name(value)}")
+        raise SkipItem(f"'image' must be a path or a list of paths, got {type_name(value)}")
     return paths
 
 
@@ -414,7 +406,3 @@ def _locate(path: str, folder: Path) -> tuple[str, str]:
     if relative == ".." or relative.startswith("../"):
         relative = "external/" + source.lstrip("/")
     return source, str(PurePosixPath(relative).with_suffix(""))
-
-
-def _type_name(value: Any) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)

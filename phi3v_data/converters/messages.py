@@ -45,6 +45,7 @@ import orjson
 from pydantic import Field
 
 from phi3v_data.converter import (
+    SAFE_NAME,
     Built,
     Converter,
     ConverterOptions,
@@ -53,25 +54,16 @@ from phi3v_data.converter import (
     SkipItem,
     SourceError,
 )
+from phi3v_data.errors import type_name
 from phi3v_data.jsonl import Line, LineProblem, iter_lines
 from phi3v_data.media import MediaWriter
 from phi3v_data.registry import register
 from phi3v_data.schema import Turn
 
 SPLIT_NAMES = ("train", "val", "validation", "dev", "test")
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # becomes part of a file name
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
-_TYPE_NAMES = {
-    str: "a string",
-    int: "a number",
-    float: "a number",
-    bool: "true/false",
-    list: "a list",
-    dict: "an object",
-    type(None): "null",
-}
 
 EXPECTED = (
     'expected a JSONL file of {"messages": [{"role": "user", "content": ...}, ...]} '
@@ -238,7 +230,7 @@ def split_from_name(path: Path) -> str:
 def plan_record(record: Any, folder: Path, origin: str) -> PlannedRecord:
     """Turns and meta of one chat record; raises :class:`SkipItem` with the reason."""
     if not isinstance(record, dict):
-        raise SkipItem(f"a record must be a JSON object, got {_type_name(record)}")
+        raise SkipItem(f"a record must be a JSON object, got {type_name(record)}")
     for key in ("images", "image"):
         if record.get(key):
             raise SkipItem(
@@ -272,7 +264,7 @@ def _dialogue(messages: Any) -> tuple[list[str], list[tuple[str, list[Part], str
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise SkipItem(f"{where} must be an object, got {_type_name(message)}")
+            raise SkipItem(f"{where} must be an object, got {type_name(message)}")
         role = ROLES.get(message["role"]) if isinstance(message.get("role"), str) else None
         if role is None:
             raise SkipItem(f"{where}.role is {message.get('role')!r}; expected user or assistant")
@@ -303,14 +295,14 @@ def _parts(content: Any, where: str) -> list[Part]:
         return [("text", content)]
     if not isinstance(content, list):
         raise SkipItem(
-            f"{where}.content must be a string or a list of parts, got {_type_name(content)}"
+            f"{where}.content must be a string or a list of parts, got {type_name(content)}"
         )
     return [_part(part, f"{where}.content[{index}]") for index, part in enumerate(content)]
 
 
 def _part(part: Any, where: str) -> Part:
     if not isinstance(part, dict):
-        raise SkipItem(f"{where} must be an object, got {_type_name(part)}")
+        raise SkipItem(f"{where} must be an object, got {type_name(part)}")
     kind = part.get("type")
     if kind == "text":
         value = part.get("text")
@@ -322,7 +314,7 @@ def _part(part: Any, where: str) -> Part:
     else:
         raise SkipItem(f"{where}: unsupported part type {kind!r} (expected text, image_url, image)")
     if not isinstance(value, str):
-        raise SkipItem(f"{where}: the {kind} must be a string, got {_type_name(value)}")
+        raise SkipItem(f"{where}: the {kind} must be a string, got {type_name(value)}")
     return ("text" if kind == "text" else "image", value)
 
 
@@ -391,7 +383,3 @@ def _local(path: str, folder: Path) -> ImageRef:
     if relative == ".." or relative.startswith("../"):
         relative = "external/" + source.lstrip("/")
     return ImageRef(source=source, stem=str(PurePosixPath(relative).with_suffix("")))
-
-
-def _type_name(value: Any) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
