@@ -250,8 +250,9 @@ class Phi3ImageEmbedding(nn.Module):
                 self.glb_GN.reshape(1, -1).to(sub.dtype),
                 self.add_newline(glb),
             ]
-        projection = self.img_projection[0].weight
-        return self.img_projection(torch.cat(sequences).to(projection.dtype))
+        # The bias, not the weight, carries the compute dtype: a 4-bit quantized (QLoRA)
+        # weight is stored as uint8. The official code casts to the bias dtype too.
+        return self.img_projection(torch.cat(sequences).to(self.img_projection[0].bias.dtype))
 
     def forward(
         self,
