@@ -10,10 +10,12 @@ decorated with :func:`phi3v_data.registry.register`.
 
 from __future__ import annotations
 
+import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -24,6 +26,9 @@ from phi3v_data.schema import Turn
 # Names that become part of output file names (``--name``, ``--split``): no separators, no
 # leading dot, nothing a shell or another OS would trip over.
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+SPLIT_NAMES = ("train", "val", "validation", "dev", "test")
 
 
 class ConverterOptions(BaseModel):
@@ -109,3 +114,39 @@ class Converter(ABC):
     def build(self, item: Item, media: MediaWriter) -> Built:
         """Convert one item; raise :class:`SkipItem` (or let an ImageProblem/VideoError or
         OSError escape) to skip it with a reason."""
+
+
+# --- helpers for converters that read users' own files --------------------------------------
+
+
+def input_files(src: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """``src`` itself if it is a file, else the files directly in the folder ``src`` whose
+    suffix is one of ``suffixes``, sorted (so plans are deterministic)."""
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        return []
+    return sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def split_from_name(path: Path, default: str = "train") -> str:
+    """``mine_val.jsonl`` -> ``val``: the last ``_``/``-``/``.`` part of the file's stem when
+    it names a split, else ``default``."""
+    last = re.split(r"[_\-.]", path.stem)[-1].lower()
+    return last if last in SPLIT_NAMES else default
+
+
+def local_image(path: str, folder: Path) -> tuple[str, str]:
+    """(file to copy, destination stem below ``images/``) for an image path of a record.
+
+    Paths inside ``folder`` keep their relative path, so the output is recognisable and an
+    image shared by many records is stored once; others (absolute, or leaving through
+    ``..``) go under ``external/`` with their absolute path.
+    """
+    source = os.path.normpath(os.path.join(folder, path))
+    relative = os.path.relpath(source, folder)
+    if relative == ".":
+        raise SkipItem(f"image path {path!r} names the image folder, not a file")
+    if relative == ".." or relative.startswith("../"):
+        relative = "external/" + source.lstrip("/")
+    return source, str(PurePosixPath(relative).with_suffix(""))

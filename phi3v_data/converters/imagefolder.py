@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field
 
 from phi3v_data.converter import (
+    SPLIT_NAMES,
     Built,
     Converter,
     ConverterOptions,
@@ -24,7 +25,6 @@ from phi3v_data.media import MediaWriter
 from phi3v_data.registry import register
 from phi3v_data.schema import Turn
 
-SPLIT_NAMES = ("train", "val", "validation", "dev", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 

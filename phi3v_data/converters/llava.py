@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -46,6 +46,9 @@ from phi3v_data.converter import (
     Skip,
     SkipItem,
     SourceError,
+    input_files,
+    local_image,
+    split_from_name,
 )
 from phi3v_data.errors import type_name
 from phi3v_data.jsonl import LineProblem, iter_lines
@@ -53,7 +56,6 @@ from phi3v_data.media import MediaWriter
 from phi3v_data.registry import register
 from phi3v_data.schema import Turn
 
-SPLIT_NAMES = ("train", "val", "validation", "dev", "test")
 ROLES = {
     "human": "user",
     "user": "user",
@@ -136,13 +138,7 @@ class Llava(Converter):
 
     def _files(self) -> list[Path]:
         assert self.src is not None
-        if self.src.is_file():
-            return [self.src]
-        if not self.src.is_dir():
-            return []
-        return sorted(
-            p for p in self.src.iterdir() if p.is_file() and p.suffix.lower() in (".json", ".jsonl")
-        )
+        return input_files(self.src, (".json", ".jsonl"))
 
     def plan(self) -> Iterator[Item | Skip]:
         for path in self._files():
@@ -280,12 +276,6 @@ def _peek_first_record(path: Path) -> Any:
     return None
 
 
-def split_from_name(path: Path) -> str:
-    """``llava_val.json`` -> ``val``; a name without a split part -> ``train``."""
-    last = re.split(r"[_\-.]", path.stem)[-1].lower()
-    return last if last in SPLIT_NAMES else "train"
-
-
 def _origin(path: Path, raw: RawRecord) -> str:
     where = f"{path.name}:{raw.line}"
     if isinstance(raw.value, dict) and "id" in raw.value:
@@ -309,7 +299,7 @@ def plan_record(record: Any, folder: Path, origin: str) -> PlannedRecord:
     users = _renumber([user for user, _ in pairs], len(images))
     turns = []
     for (user, image_indices), (_, assistant) in zip(users, pairs, strict=True):
-        located = tuple(_locate(images[index], folder) for index in image_indices)
+        located = tuple(local_image(images[index], folder) for index in image_indices)
         turns.append(PlannedTurn(user, assistant, located))
     meta: dict[str, Any] = {"id": record["id"]} if "id" in record else {}
     meta["origin"] = origin
@@ -390,19 +380,3 @@ def _number_tags(text: str) -> str:
     """``<image>`` -> ``<|image_1|>``, ``<|image_2|>``, ... in order of appearance."""
     numbers = iter(range(1, text.count("<image>") + 1))
     return IMAGE_TAG.sub(lambda _: f"<|image_{next(numbers)}|>", text)
-
-
-def _locate(path: str, folder: Path) -> tuple[str, str]:
-    """(file to copy, destination stem below images/) for an image path of the record.
-
-    Paths inside the image folder keep their relative path, so the output is recognisable
-    and an image shared by many records is stored once; others (absolute or ``..``) go
-    under ``external/`` with their absolute path.
-    """
-    source = os.path.normpath(os.path.join(folder, path))
-    relative = os.path.relpath(source, folder)
-    if relative == ".":
-        raise SkipItem(f"image path {path!r} names the image folder, not a file")
-    if relative == ".." or relative.startswith("../"):
-        relative = "external/" + source.lstrip("/")
-    return source, str(PurePosixPath(relative).with_suffix(""))

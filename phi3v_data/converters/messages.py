@@ -37,7 +37,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -53,6 +53,9 @@ from phi3v_data.converter import (
     Skip,
     SkipItem,
     SourceError,
+    input_files,
+    local_image,
+    split_from_name,
 )
 from phi3v_data.errors import type_name
 from phi3v_data.jsonl import Line, LineProblem, iter_lines
@@ -60,7 +63,6 @@ from phi3v_data.media import MediaWriter
 from phi3v_data.registry import register
 from phi3v_data.schema import Turn
 
-SPLIT_NAMES = ("train", "val", "validation", "dev", "test")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
@@ -138,11 +140,7 @@ class Messages(Converter):
 
     def _files(self) -> list[Path]:
         assert self.src is not None
-        if self.src.is_file():
-            return [self.src]
-        if not self.src.is_dir():
-            return []
-        return sorted(p for p in self.src.iterdir() if p.is_file() and p.suffix.lower() == ".jsonl")
+        return input_files(self.src, (".jsonl",))
 
     def plan(self) -> Iterator[Item | Skip]:
         for path in self._files():
@@ -216,12 +214,6 @@ def _check_first_record(path: Path) -> None:
         if isinstance(first, dict) and "conversations" in first:
             hint = " (LLaVA format? use 'phi3v-data convert llava')"
         raise SourceError(f"{path}:{line.number}: not a messages record{hint}; {EXPECTED}")
-
-
-def split_from_name(path: Path) -> str:
-    """``chat_val.jsonl`` -> ``val``; a name without a split part -> ``train``."""
-    last = re.split(r"[_\-.]", path.stem)[-1].lower()
-    return last if last in SPLIT_NAMES else "train"
 
 
 # --- one record ------------------------------------------------------------------------------
@@ -371,15 +363,6 @@ def _image_ref(url: str, folder: Path, where: str) -> ImageRef:
 
 
 def _local(path: str, folder: Path) -> ImageRef:
-    """A local image and its destination stem below images/.
-
-    Paths inside the image folder keep their relative path (recognisable, and stored once
-    when shared); others go under ``external/`` with their absolute path.
-    """
-    source = os.path.normpath(os.path.join(folder, path))
-    relative = os.path.relpath(source, folder)
-    if relative == ".":
-        raise SkipItem(f"image path {path!r} names the image folder, not a file")
-    if relative == ".." or relative.startswith("../"):
-        relative = "external/" + source.lstrip("/")
-    return ImageRef(source=source, stem=str(PurePosixPath(relative).with_suffix("")))
+    """A local image file and its destination stem below images/."""
+    source, stem = local_image(path, folder)
+    return ImageRef(source=source, stem=stem)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from phi3v_data import validate
 from phi3v_data.cli import main
-from phi3v_data.converters.llava import read_records, split_from_name
+from phi3v_data.converter import split_from_name
+from phi3v_data.converters.llava import read_records
 from phi3v_data.engine import convert
 
 
