@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from phi3v_data.media import MediaWriter
 from phi3v_data.schema import Turn
@@ -150,3 +150,60 @@ def local_image(path: str, folder: Path) -> tuple[str, str]:
     if relative == ".." or relative.startswith("../"):
         relative = "external/" + source.lstrip("/")
     return source, str(PurePosixPath(relative).with_suffix(""))
+
+
+class RecordFileOptions(ConverterOptions):
+    """Options shared by converters of users' record files (LLaVA, OpenAI messages)."""
+
+    split: str | None = Field(
+        None,
+        pattern=SAFE_NAME,
+        description="Split of every record (default: from the file name, <name>_<split>.jsonl, "
+        "else train).",
+    )
+    image_folder: Path | None = Field(
+        None,
+        description="Folder relative image paths are resolved against (default: each file's "
+        "folder).",
+    )
+
+
+class RecordFileConverter(Converter):
+    """Base of converters that read users' record files: a file, or a folder of them.
+
+    Subclasses set ``suffixes`` and ``expected`` (the layout named in errors) and implement
+    :meth:`check_first_record`, which refuses a file of another format before any work.
+    """
+
+    suffixes: ClassVar[tuple[str, ...]]
+    expected: ClassVar[str]
+    options: Any  # a RecordFileOptions subclass with a ``name`` field
+
+    @property
+    def dataset_name(self) -> str:
+        return self.options.name
+
+    def prepare(self) -> None:
+        super().prepare()
+        folder = self.options.image_folder
+        if folder is not None and not folder.is_dir():
+            raise SourceError(f"--image-folder {folder} is not a folder")
+        files = self.files()
+        if not files:
+            kinds = " or ".join(self.suffixes)
+            raise SourceError(f"--src {self.src}: no {kinds} file; {self.expected}")
+        for path in files:
+            self.check_first_record(path)
+
+    def files(self) -> list[Path]:
+        assert self.src is not None
+        return input_files(self.src, self.suffixes)
+
+    def split_and_folder(self, path: Path) -> tuple[str, Path]:
+        """The split of a file's records and the folder its image paths are relative to."""
+        split = self.options.split or split_from_name(path)
+        return split, Path(os.path.abspath(self.options.image_folder or path.parent))
+
+    @abstractmethod
+    def check_first_record(self, path: Path) -> None:
+        """Raise :class:`SourceError` when ``path`` is not in this converter's format."""

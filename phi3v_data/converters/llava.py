@@ -27,7 +27,6 @@ The split is ``--split``, else the file name's last ``_``/``-`` part when it is 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,15 +39,13 @@ from pydantic import Field
 from phi3v_data.converter import (
     SAFE_NAME,
     Built,
-    Converter,
-    ConverterOptions,
     Item,
+    RecordFileConverter,
+    RecordFileOptions,
     Skip,
     SkipItem,
     SourceError,
-    input_files,
     local_image,
-    split_from_name,
 )
 from phi3v_data.errors import type_name
 from phi3v_data.jsonl import LineProblem, iter_lines
@@ -73,18 +70,9 @@ EXPECTED = (
 )
 
 
-class LlavaOptions(ConverterOptions):
+class LlavaOptions(RecordFileOptions):
     name: str = Field(
         "llava", pattern=SAFE_NAME, description="Output file prefix: <name>_<split>.jsonl."
-    )
-    split: str | None = Field(
-        None,
-        pattern=SAFE_NAME,
-        description="Split of every record (default: from the file name, <name>_<split>.json, "
-        "else train).",
-    )
-    image_folder: Path | None = Field(
-        None, description="Folder the image paths are relative to (default: each file's folder)."
     )
 
 
@@ -115,35 +103,21 @@ class RawRecord:
 
 
 @register
-class Llava(Converter):
+class Llava(RecordFileConverter):
     name = "llava"
     summary = "LLaVA JSON/JSONL: {id, image, conversations: [{from: human|gpt, value}]}"
     Options = LlavaOptions
     options: LlavaOptions
 
-    @property
-    def dataset_name(self) -> str:
-        return self.options.name
+    suffixes = (".json", ".jsonl")
+    expected = EXPECTED
 
-    def prepare(self) -> None:
-        super().prepare()
-        folder = self.options.image_folder
-        if folder is not None and not folder.is_dir():
-            raise SourceError(f"--image-folder {folder} is not a folder")
-        files = self._files()
-        if not files:
-            raise SourceError(f"--src {self.src}: no .json or .jsonl file; {EXPECTED}")
-        for path in files:
-            _check_first_record(path)
-
-    def _files(self) -> list[Path]:
-        assert self.src is not None
-        return input_files(self.src, (".json", ".jsonl"))
+    def check_first_record(self, path: Path) -> None:
+        _check_first_record(path)
 
     def plan(self) -> Iterator[Item | Skip]:
-        for path in self._files():
-            split = self.options.split or split_from_name(path)
-            folder = Path(os.path.abspath(self.options.image_folder or path.parent))
+        for path in self.files():
+            split, folder = self.split_and_folder(path)
             for raw in read_records(path):
                 origin = _origin(path, raw)
                 if raw.problem is not None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,15 +46,13 @@ from pydantic import Field
 from phi3v_data.converter import (
     SAFE_NAME,
     Built,
-    Converter,
-    ConverterOptions,
     Item,
+    RecordFileConverter,
+    RecordFileOptions,
     Skip,
     SkipItem,
     SourceError,
-    input_files,
     local_image,
-    split_from_name,
 )
 from phi3v_data.errors import type_name
 from phi3v_data.jsonl import Line, LineProblem, iter_lines
@@ -73,20 +70,9 @@ EXPECTED = (
 )
 
 
-class MessagesOptions(ConverterOptions):
+class MessagesOptions(RecordFileOptions):
     name: str = Field(
         "messages", pattern=SAFE_NAME, description="Output file prefix: <name>_<split>.jsonl."
-    )
-    split: str | None = Field(
-        None,
-        pattern=SAFE_NAME,
-        description="Split of every record (default: from the file name, <name>_<split>.jsonl, "
-        "else train).",
-    )
-    image_folder: Path | None = Field(
-        None,
-        description="Folder relative image paths are resolved against (default: each file's "
-        "folder).",
     )
 
 
@@ -117,35 +103,21 @@ class PlannedRecord:
 
 
 @register
-class Messages(Converter):
+class Messages(RecordFileConverter):
     name = "messages"
     summary = "OpenAI-style chat JSONL: {messages: [{role, content: str | [text/image parts]}]}"
     Options = MessagesOptions
     options: MessagesOptions
 
-    @property
-    def dataset_name(self) -> str:
-        return self.options.name
+    suffixes = (".jsonl",)
+    expected = EXPECTED
 
-    def prepare(self) -> None:
-        super().prepare()
-        folder = self.options.image_folder
-        if folder is not None and not folder.is_dir():
-            raise SourceError(f"--image-folder {folder} is not a folder")
-        files = self._files()
-        if not files:
-            raise SourceError(f"--src {self.src}: no .jsonl file; {EXPECTED}")
-        for path in files:
-            _check_first_record(path)
-
-    def _files(self) -> list[Path]:
-        assert self.src is not None
-        return input_files(self.src, (".jsonl",))
+    def check_first_record(self, path: Path) -> None:
+        _check_first_record(path)
 
     def plan(self) -> Iterator[Item | Skip]:
-        for path in self._files():
-            split = self.options.split or split_from_name(path)
-            folder = Path(os.path.abspath(self.options.image_folder or path.parent))
+        for path in self.files():
+            split, folder = self.split_and_folder(path)
             for line in iter_lines(path):
                 origin = f"{path.name}:{line.number}"
                 try:
